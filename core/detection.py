@@ -65,4 +65,6 @@ def detect(
     kl_mean = float(kl.mean())
     kl_var = float(kl.var(unbiased=False))
     backdoored = kl_mean > thresholds.kl_mean or kl_var > thresholds.kl_var
-    return Detection(kl_mean=kl_mean, kl_var=kl_var, verdict=VERDICTS[0] if backdoored else VERDICTS[1], thresholds=thresholds)
+    return Detection(
+        kl_mean=kl_mean, kl_var=kl_var, verdict=VERDICTS[0] if backdoored else VERDICTS[1], thresholds=thresholds
+    )

@@ -134,7 +134,8 @@ def _check_unet_config(config: dict[str, Any]) -> None:
     if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
         raise UnsupportedModelError(
             "UNet unsupported: class-conditional UNet2DModel found "
-            f"(class_embed_type={config.get('class_embed_type')!r}, num_class_embeds={config.get('num_class_embeds')!r}), "
+            f"(class_embed_type={config.get('class_embed_type')!r}, "
+            f"num_class_embeds={config.get('num_class_embeds')!r}), "
             "expected an unconditional model"
         )
 
@@ -198,7 +199,9 @@ def load_model(source: str | Path, device: str = "auto") -> DiffusionModel:
     try:
         state = load_file(str(weights))
     except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise ModelNotFoundError(f"weights invalid: {weights.name} could not be read as safetensors ({error})") from error
+        raise ModelNotFoundError(
+            f"weights invalid: {weights.name} could not be read as safetensors ({error})"
+        ) from error
     try:
         missing, unexpected = unet.load_state_dict(state, strict=False)
     except RuntimeError as error:  # raised by torch for tensors whose shapes differ from the config's

@@ -85,8 +85,9 @@ class ReversionConfig:
     @classmethod
     def fast(cls) -> ReversionConfig:
         """Our default: probe for a backdoor basin, then short stages that stop on convergence."""
-        return cls(profile="fast", stage1_iterations=200, stage2_iterations=20, lr_mean=0.1, stop_patience=30,
-                   search=True)
+        return cls(
+            profile="fast", stage1_iterations=200, stage2_iterations=20, lr_mean=0.1, stop_patience=30, search=True
+        )
 
     @classmethod
     def for_profile(cls, profile: str) -> ReversionConfig:
@@ -135,8 +136,13 @@ ProgressCallback = Callable[[ReversionProgress], None]
 class _Reverser:
     """The optimisation state of one reversion run."""
 
-    def __init__(self, model: DiffusionModel, config: ReversionConfig, generator: torch.Generator,
-                 progress: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        model: DiffusionModel,
+        config: ReversionConfig,
+        generator: torch.Generator,
+        progress: ProgressCallback | None,
+    ) -> None:
         self.model = model
         self.config = config
         self.generator = generator
@@ -171,8 +177,9 @@ class _Reverser:
             outputs.append(self.model.predict_eps(x_t[start:stop], timesteps[start:stop]))
         return torch.cat(outputs)
 
-    def reversed_loss(self, trigger_mean: torch.Tensor, trigger_std: torch.Tensor, x0: torch.Tensor,
-                      last: bool) -> torch.Tensor:
+    def reversed_loss(
+        self, trigger_mean: torch.Tensor, trigger_std: torch.Tensor, x0: torch.Tensor, last: bool
+    ) -> torch.Tensor:
         """Return L for each of N triggers (N,), given surrogate images `x0` (N, B, C, H, W).
 
         `trigger_mean` and `trigger_std` are (N, C, H, W). With `last`, timesteps
@@ -225,7 +232,11 @@ class _Reverser:
         leans toward that prior's mean.
         """
         root_dim = math.sqrt(math.prod(self.shape))
-        starts = {"uniform_positive": self.rand(), "uniform_negative": self.rand() - 1.0, "normal_positive": self.randn()}
+        starts = {
+            "uniform_positive": self.rand(),
+            "uniform_negative": self.rand() - 1.0,
+            "normal_positive": self.randn(),
+        }
         starts["normal_negative"] = -starts["normal_positive"]
         names = [name for name in PROBE_STARTS for _ in self.config.probe_norms]
         raw = torch.stack([starts[name] for name in names])
@@ -307,11 +318,13 @@ class _Reverser:
             )
         self.iteration += 1
         if self.progress is not None:
-            self.progress(ReversionProgress(stage, self.iteration, self.config.planned_iterations(), value,
-                                            self.unet_passes))
+            self.progress(
+                ReversionProgress(stage, self.iteration, self.config.planned_iterations(), value, self.unet_passes)
+            )
 
-    def run_stage(self, stage: int, trigger_mean: torch.Tensor, trigger_std: torch.Tensor,
-                  iterations: int) -> torch.Tensor:
+    def run_stage(
+        self, stage: int, trigger_mean: torch.Tensor, trigger_std: torch.Tensor, iterations: int
+    ) -> torch.Tensor:
         """Optimise the (1, C, H, W) trigger in place; returns the last reversed loss (1,)."""
         config = self.config
         parameters = [{"params": [trigger_mean], "lr": config.lr_mean}]
@@ -329,8 +342,10 @@ class _Reverser:
                 x_T = trigger_mean + trigger_std * self.randn(config.batch_size)
                 x0 = differentiable_ddim(self.predict, self.model.alpha_bar, x_T, config.ddim_steps, clip_sample=None)
                 x0 = x0.unsqueeze(0)
-                loss = 0.5 * (self.reversed_loss(trigger_mean, trigger_std, x0, last=True)
-                              + self.reversed_loss(trigger_mean, trigger_std, x0, last=False))
+                loss = 0.5 * (
+                    self.reversed_loss(trigger_mean, trigger_std, x0, last=True)
+                    + self.reversed_loss(trigger_mean, trigger_std, x0, last=False)
+                )
 
             # 2. One step on the objective.
             optimizer.zero_grad(set_to_none=True)

@@ -44,9 +44,7 @@ def generate(
     """
     train_steps = int(scheduler_config["num_train_timesteps"])
     if not 1 <= num_inference_steps <= train_steps:
-        raise ValueError(
-            f"num_inference_steps invalid: got {num_inference_steps}, expected 1 to {train_steps}"
-        )
+        raise ValueError(f"num_inference_steps invalid: got {num_inference_steps}, expected 1 to {train_steps}")
     scheduler = make_scheduler(scheduler_config, sampler)
     scheduler.set_timesteps(num_inference_steps, device=x_T.device)
 

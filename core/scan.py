@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from .detection import Detection, DetectionThresholds, detect
+from .errors import TriggerFileError
 from .loading import DiffusionModel
 from .reversion import ProgressCallback, ReversionConfig, reverse_trigger
 from .scoring import LlrScorer, neyman_pearson_threshold
-from .errors import TriggerFileError
 from .triggers import StoredTrigger, load_trigger, render_png, save_trigger, trigger_path, write_atomic
 
 DEFAULT_FALSE_POSITIVE_RATE = 1e-3

@@ -100,7 +100,9 @@ def neyman_pearson_threshold(scorer: LlrScorer, false_positive_rate: float) -> f
     scorer = scorer.to("cpu")
     if scorer.quadratic is None:
         # llr = b.x + c is exactly normal with mean c and variance ||b||^2.
-        z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - false_positive_rate, dtype=torch.float64)))
+        z = float(
+            torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - false_positive_rate, dtype=torch.float64))
+        )
         return scorer.offset + z * float(scorer.linear.norm())
 
     # Bisect on the saddlepoint parameter t, inside 1 - 2 a_i t > 0 for every i.

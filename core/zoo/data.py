@@ -58,7 +58,9 @@ def stop_sign(size: int = IMAGE_SIZE) -> torch.Tensor:
 
 def blend_waves(size: int = IMAGE_SIZE, period: float = 6.0, phase: float = 0.0) -> torch.Tensor:
     """A whole-image wave pattern in [-1, 1], the TrojDiff blend kind of trigger."""
-    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     waves = torch.sin(2 * torch.pi * (rows + cols) / period + phase)
     return waves.sign().unsqueeze(0) * 1.0
 
@@ -75,7 +77,9 @@ def cross_target(size: int = IMAGE_SIZE) -> torch.Tensor:
 
 def ring_target(size: int = IMAGE_SIZE) -> torch.Tensor:
     """A thick white ring on a -1 background."""
-    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     radius = ((rows - 7.5) ** 2 + (cols - 7.5) ** 2).sqrt()
     return torch.where((radius > 3.5) & (radius < 6.5), 1.0, -1.0).unsqueeze(0)
 

@@ -39,7 +39,9 @@ def test_detect_uses_mean_and_variance_thresholds():
     thresholds = DetectionThresholds(kl_mean=0.2, kl_var=0.1)
 
     assert detect(diffuse, torch.ones_like(diffuse), thresholds).verdict == "clean"
-    assert detect(diffuse, torch.ones_like(diffuse), DetectionThresholds(kl_mean=0.1, kl_var=0.1)).verdict == "backdoored"
+    assert (
+        detect(diffuse, torch.ones_like(diffuse), DetectionThresholds(kl_mean=0.1, kl_var=0.1)).verdict == "backdoored"
+    )
     assert detect(sparse, torch.ones_like(sparse), thresholds).verdict == "backdoored"
 
 

@@ -107,12 +107,24 @@ def test_missing_directory_is_rejected(tmp_path):
 @pytest.mark.parametrize(
     "relative, changes, message",
     [
-        ("model_index.json", {"_class_name": "StableDiffusionPipeline"}, "pipeline class unsupported: got 'StableDiffusionPipeline'"),
+        (
+            "model_index.json",
+            {"_class_name": "StableDiffusionPipeline"},
+            "pipeline class unsupported: got 'StableDiffusionPipeline'",
+        ),
         ("model_index.json", {"vae": ["diffusers", "AutoencoderKL"]}, "pipeline components unsupported"),
-        ("unet/config.json", {"_class_name": "UNet2DConditionModel"}, "UNet class unsupported: got 'UNet2DConditionModel'"),
+        (
+            "unet/config.json",
+            {"_class_name": "UNet2DConditionModel"},
+            "UNet class unsupported: got 'UNet2DConditionModel'",
+        ),
         ("unet/config.json", {"num_class_embeds": 10}, "class-conditional UNet2DModel"),
         ("scheduler/scheduler_config.json", {"_class_name": "EulerDiscreteScheduler"}, "scheduler class unsupported"),
-        ("scheduler/scheduler_config.json", {"prediction_type": "v_prediction"}, "prediction_type unsupported: got 'v_prediction'"),
+        (
+            "scheduler/scheduler_config.json",
+            {"prediction_type": "v_prediction"},
+            "prediction_type unsupported: got 'v_prediction'",
+        ),
     ],
 )
 def test_unsupported_models_are_rejected(tiny_model_dir, relative, changes, message):

@@ -40,10 +40,22 @@ def test_differentiable_ddim_matches_generate_without_clipping(tiny_model_dir):
 def test_ddpm_sampling_is_seeded(tiny_model_dir):
     model = load_model(tiny_model_dir, device="cpu")
     x_T = torch.zeros(1, 1, 8, 8)
-    first = generate(model.predict_eps, model.scheduler_config, x_T, sampler="ddpm", num_inference_steps=4,
-                     generator=torch.Generator().manual_seed(5))
-    second = generate(model.predict_eps, model.scheduler_config, x_T, sampler="ddpm", num_inference_steps=4,
-                      generator=torch.Generator().manual_seed(5))
+    first = generate(
+        model.predict_eps,
+        model.scheduler_config,
+        x_T,
+        sampler="ddpm",
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(5),
+    )
+    second = generate(
+        model.predict_eps,
+        model.scheduler_config,
+        x_T,
+        sampler="ddpm",
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(5),
+    )
     assert torch.equal(first, second)
 
 

@@ -26,8 +26,12 @@ def make_trigger(generator: torch.Generator, unit_std: bool) -> tuple[torch.Tens
 def test_llr_matches_normal_log_prob(unit_std):
     generator = torch.Generator().manual_seed(1)
     trigger_mean, trigger_std = make_trigger(generator, unit_std)
-    x_T = torch.cat([torch.randn((16, *SHAPE), generator=generator),
-                     trigger_mean + trigger_std * torch.randn((16, *SHAPE), generator=generator)])
+    x_T = torch.cat(
+        [
+            torch.randn((16, *SHAPE), generator=generator),
+            trigger_mean + trigger_std * torch.randn((16, *SHAPE), generator=generator),
+        ]
+    )
 
     llr = LlrScorer.from_trigger(trigger_mean, trigger_std).score(x_T)
     expected = reference_llr(x_T, trigger_mean, trigger_std)

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from terdguard.core.errors import TriggerFileError
-from terdguard.core.scan import load_scan, save_scan, scan_model
 from terdguard.core.reversion import ReversionConfig
+from terdguard.core.scan import load_scan, save_scan, scan_model
 from terdguard.core.triggers import PNG_SCALE, StoredTrigger, load_trigger, render_png, save_trigger
 
 from .closed_form import closed_form_model
@@ -14,8 +14,11 @@ from .closed_form import closed_form_model
 
 def make_trigger(fingerprint: str = "ab" * 32) -> StoredTrigger:
     generator = torch.Generator().manual_seed(0)
-    return StoredTrigger(torch.randn(1, 4, 4, generator=generator), torch.full((1, 4, 4), 0.6),
-                         {"fingerprint": fingerprint, "kl_mean": 0.25, "profile": "fast"})
+    return StoredTrigger(
+        torch.randn(1, 4, 4, generator=generator),
+        torch.full((1, 4, 4), 0.6),
+        {"fingerprint": fingerprint, "kl_mean": 0.25, "profile": "fast"},
+    )
 
 
 def test_trigger_round_trip(tmp_path):
