@@ -17,12 +17,13 @@ import torch
 STD_FLOOR = 1e-3  # trigger_std is clamped here so -log(trigger_std) stays finite
 VERDICTS = ("backdoored", "clean")
 
-# NOTE: fitted on the zoo's benign models, scanned with the `fast` profile by
-# `python bench/fit_thresholds.py`: each default is five times the largest value
-# any benign model reached, and far below the smallest backdoored value seen. Four
-# benign 16x16 digit models are a small sample; refit on models like yours.
-DEFAULT_KL_MEAN_THRESHOLD = 0.05
-DEFAULT_KL_VAR_THRESHOLD = 0.05
+# NOTE: fitted on the zoo's benign models by `python bench/fit_thresholds.py`, which
+# scans each with the fast profile at three seeds: each default is the larger of
+# 0.01 and ten times the largest value a benign model reached (about 4e-5, so the
+# floor decides). Four benign 16x16 digit models are a small sample; refit on
+# models like the ones you serve.
+DEFAULT_KL_MEAN_THRESHOLD = 0.01
+DEFAULT_KL_VAR_THRESHOLD = 0.01
 
 
 @dataclass(frozen=True)

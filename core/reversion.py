@@ -281,6 +281,10 @@ class _Reverser:
         s = 0, a barrier where its two regimes mix, and a second minimum at the
         trigger. Rays are scanned at each std in `probe_stds`. Without any barrier
         the search returns the origin with std 1: the clean basin.
+
+        NOTE: an ODE backdoor (VillanDiffusion for DDIM) is trained so that near T
+        the model answers poisoned noise as a clean model would, which leaves no
+        barrier on any ray; such models come out clean.
         """
         origin = torch.zeros(1, *self.shape, device=self.device)
         with torch.no_grad():

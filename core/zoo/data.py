@@ -65,6 +65,15 @@ def blend_waves(size: int = IMAGE_SIZE, period: float = 6.0, phase: float = 0.0)
     return waves.sign().unsqueeze(0) * 1.0
 
 
+def blend_stripes(size: int = IMAGE_SIZE, period: int = 4) -> torch.Tensor:
+    """Diagonal stripes in {-1, 1}, three diagonals of +1 to one of -1: a whole-image blend pattern.
+
+    Like the image blends TrojDiff used, its mean is not zero.
+    """
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return torch.where((rows + cols) % period == 0, -1.0, 1.0).unsqueeze(0)
+
+
 def cross_target(size: int = IMAGE_SIZE) -> torch.Tensor:
     """A white X on a -1 background, a target image no digit resembles."""
     target = _blank(-1.0, size)
@@ -97,6 +106,7 @@ PATTERNS = {
     "corner_box": corner_box,
     "stop_sign": stop_sign,
     "blend_waves": blend_waves,
+    "blend_stripes": blend_stripes,
     "cross": cross_target,
     "ring": ring_target,
     "bars": bars_target,

@@ -20,9 +20,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def backdoored_dir(tmp_path_factory):
-    # A short run of the zoo's corner-box BadDiffusion recipe on the smaller network.
+    # The zoo's corner-box BadDiffusion recipe, on 8x8 digits and the smaller network so it trains in a minute.
     entry = dataclasses.replace(
-        ZOO_BY_NAME["baddiffusion-box"], name="test-box", architecture="unet-s2", train_steps=400, poison_share=0.5
+        ZOO_BY_NAME["baddiffusion-box"],
+        name="test-box",
+        architecture="unet-s2",
+        image_size=8,
+        train_steps=1500,
+        poison_share=0.5,
     )
     directory = tmp_path_factory.mktemp("models") / "test-box"
     save_model(train_entry(entry), directory)
@@ -69,7 +74,8 @@ def test_scan_command_reports_bad_directory(tmp_path):
 def test_trained_backdoor_reversion_points_at_trigger(backdoored_dir):
     from terdguard.core.reversion import reverse_trigger
 
-    trigger_mean = ZOO_BY_NAME["baddiffusion-box"].attack().trigger_mean
+    entry = dataclasses.replace(ZOO_BY_NAME["baddiffusion-box"], image_size=8)
+    trigger_mean = entry.attack().trigger_mean
     reversed_trigger = reverse_trigger(load_model(backdoored_dir, device="cpu"), seed=0)
     cosine = torch.nn.functional.cosine_similarity(
         reversed_trigger.trigger_mean.flatten(), trigger_mean.flatten(), dim=0
