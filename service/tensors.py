@@ -15,6 +15,10 @@ from terdguard.core.errors import InvalidLatentsError
 
 DATATYPES = ("FP32",)
 MAX_DIMENSIONS = 8
+# Initial noise of a DDPM/DDIM model is N(0, I), where |x| > 10 has probability below
+# 1e-22 per element. A few huge values can drive llr far negative and carry a trigger
+# past the guard, so latents beyond this bound are rejected instead of scored.
+MAX_ABS_VALUE = 10.0
 
 FiniteNumber = Annotated[float, Strict(), AllowInfNan(False)]
 
@@ -51,7 +55,7 @@ def decode_tensor(tensor: TensorObject) -> torch.Tensor:
     """Turn a validated tensor object into a float32 CPU tensor of its shape.
 
     Raises InvalidLatentsError when the data length does not match the shape, the
-    base64 text is invalid, or a decoded value is NaN or infinite.
+    base64 text is invalid, or a decoded value is NaN, infinite or beyond MAX_ABS_VALUE.
     """
     count = math.prod(tensor.shape)
     if isinstance(tensor.data, str):
@@ -75,6 +79,12 @@ def decode_tensor(tensor: TensorObject) -> torch.Tensor:
     if not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array))[0])
         raise InvalidLatentsError(f"latents data invalid: value {bad} is {array[bad]} in float32, expected finite")
+    if array.size and float(np.abs(array).max()) > MAX_ABS_VALUE:
+        bad = int(np.flatnonzero(np.abs(array) > MAX_ABS_VALUE)[0])
+        raise InvalidLatentsError(
+            f"latents data invalid: value {bad} is {array[bad]:g}, expected within +-{MAX_ABS_VALUE:g} "
+            "for initial noise drawn from N(0, I)"
+        )
     return torch.from_numpy(array.reshape(tensor.shape).copy())
 
 

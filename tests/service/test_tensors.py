@@ -71,3 +71,13 @@ def test_tensor_base64_rejects_nan() -> None:
 def test_tensor_rejects_float32_overflow() -> None:
     with pytest.raises(InvalidLatentsError, match="expected finite"):
         decode_tensor(TensorObject(shape=[1], data=[1e39]))
+
+
+@pytest.mark.parametrize("value", [3e38, -11.0, 10.5])
+def test_tensor_rejects_values_beyond_noise_range(value: float) -> None:
+    with pytest.raises(InvalidLatentsError, match=r"value 1 is .*expected within \+-10"):
+        decode_tensor(TensorObject(shape=[2], data=[0.5, value]))
+
+
+def test_tensor_accepts_values_at_noise_bound() -> None:
+    assert decode_tensor(TensorObject(shape=[2], data=[10.0, -10.0])).abs().max() == 10.0
