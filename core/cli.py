@@ -37,7 +37,10 @@ class ProgressBar:
         self.bar.update(progress.iteration - self.bar.n)
 
     def close(self) -> None:
+        """Close the bar; a scan that stopped early on convergence shows as complete."""
         if self.bar is not None:
+            self.bar.total = self.bar.n
+            self.bar.refresh()
             self.bar.close()
 
 

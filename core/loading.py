@@ -210,9 +210,10 @@ def load_model(source: str | Path, device: str = "auto") -> DiffusionModel:
         raise UnsupportedModelError(
             f"weights do not match the UNet config: {len(missing)} missing and {len(unexpected)} unexpected tensors"
         )
-    unet = unet.to(device=torch_device, dtype=torch.float32).eval().requires_grad_(False)
+    # from_config builds float32 parameters and load_state_dict casts float16 weights into them.
+    unet = unet.to(torch_device).eval().requires_grad_(False)
 
-    # The schedule comes from diffusers itself so every beta_schedule it knows works.
+    # The schedule comes from diffusers itself so every beta_schedule diffusers supports works.
     from diffusers import DDPMScheduler
 
     schedule = DDPMScheduler.from_config(scheduler_config)

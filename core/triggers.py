@@ -20,6 +20,7 @@ from .errors import TriggerFileError
 
 FORMAT_VERSION = "1"
 PNG_SCALE = 8  # each trigger pixel becomes an 8x8 block so a 16x16 trigger is visible
+MEAN_SCALE_FLOOR = 1.0  # one standard deviation of the clean noise
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp creates the file readable by its owner only; give it the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -99,12 +104,14 @@ def _to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
 def render_png(trigger_mean: torch.Tensor, trigger_std: torch.Tensor, scale: int = PNG_SCALE) -> bytes:
     """Render mean (left) and std (right) of a (C, H, W) trigger side by side as PNG bytes.
 
-    The mean is scaled symmetrically so 0 is mid-grey and the largest |value| is
-    black or white; the std is scaled from 0 (black) to its maximum (white).
+    The mean is scaled symmetrically so 0 is mid-grey and black and white stand for
+    the largest |value|, but never for less than MEAN_SCALE_FLOOR, so the near-zero
+    mean of a clean model stays grey instead of being stretched into noise. The std
+    is scaled from 0 (black) to its maximum (white).
     """
     mean = trigger_mean.detach().cpu().float().numpy()
     std = trigger_std.detach().cpu().float().numpy()
-    bound = float(np.abs(mean).max()) or 1.0
+    bound = max(float(np.abs(mean).max()), MEAN_SCALE_FLOOR)
     panels = [_to_uint8(mean, -bound, bound), _to_uint8(std, 0.0, float(std.max()) or 1.0)]
     channels, height, _ = mean.shape
     gap = np.full((channels, height, 1), 255, dtype=np.uint8)

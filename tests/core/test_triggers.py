@@ -1,4 +1,5 @@
 import io
+import os
 
 import pytest
 import torch
@@ -71,6 +72,22 @@ def test_png_shows_mean_and_std_side_by_side(channels, mode):
     pixels = image.convert("L")
     assert pixels.getpixel((0, 0)) == 255  # the largest positive value is white
     assert pixels.getpixel((2 * PNG_SCALE, 2 * PNG_SCALE)) in (127, 128)  # zero is mid-grey
+
+
+def test_png_keeps_tiny_mean_grey():
+    trigger_mean = torch.full((1, 4, 4), 0.004)
+    image = Image.open(io.BytesIO(render_png(trigger_mean, torch.ones(1, 4, 4)))).convert("L")
+    assert image.getpixel((0, 0)) in (127, 128)
+
+
+def test_saved_trigger_follows_umask(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "t.safetensors"
+        save_trigger(path, make_trigger())
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_scan_saves_and_loads_report(tmp_path):
