@@ -11,6 +11,7 @@ Target: scoring at least half as fast as the dot product.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import time
 
@@ -47,10 +48,11 @@ def main() -> None:
         latents = torch.randn((args.batch, *shape), generator=generator)
         flat = latents.reshape(args.batch, -1).numpy()
         weights = np.random.default_rng(0).standard_normal(flat.shape[1]).astype(np.float32)
-        dot_seconds = best_seconds(lambda: flat @ weights, args.repeats)
-        for label, trigger_std in (("1", torch.ones(shape)), ("per-element", 0.5 + torch.rand(shape, generator=generator))):
+        dot_seconds = best_seconds(functools.partial(np.matmul, flat, weights), args.repeats)
+        stds = {"1": torch.ones(shape), "per-element": 0.5 + torch.rand(shape, generator=generator)}
+        for label, trigger_std in stds.items():
             scorer = LlrScorer.from_trigger(torch.randn(shape, generator=generator), trigger_std)
-            llr_seconds = best_seconds(lambda: scorer.score(latents), args.repeats)
+            llr_seconds = best_seconds(functools.partial(scorer.score, latents), args.repeats)
             print(f"| {'x'.join(map(str, shape))} | {label} | {args.batch / llr_seconds:,.0f} "
                   f"| {args.batch / dot_seconds:,.0f} | {dot_seconds / llr_seconds:.2f} |")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from fastapi.testclient import TestClient
+
 from terdguard.core.reversion import ReversionConfig
 from terdguard.service.app import create_app
 from terdguard.service.settings import Settings
