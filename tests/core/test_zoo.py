@@ -69,7 +69,8 @@ def test_attack_fires_under_its_sampler(name):
     entry = ZOO_BY_NAME[name]
     measurement = measure_attack(entry, load_model(BUILT[name], device="cpu"), samples=20, seed=1)
     assert measurement.attack_success_rate >= 0.9
-    assert measurement.clean_target_rate <= 0.1
+    # A digit-class target is hit by chance about one time in ten, as clean samples include that digit.
+    assert measurement.clean_target_rate <= (0.3 if entry.target_class is not None else 0.1)
 
 
 @pytest.mark.parametrize("name", with_known_misses(sorted(BUILT)))
