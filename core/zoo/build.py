@@ -100,7 +100,7 @@ def measure_attack(
             num_inference_steps=steps,
             generator=generator,
         )
-        rates.append(float(target_hits(entry, images, classify).float().mean()))
+        rates.append(float(target_hits(entry, images, classify).double().mean()))
     return AttackMeasurement(entry.attack_sampler, steps, samples, rates[0], rates[1])
 
 
