@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
-from terdguard.core.errors import TerdGuardError
+from terdguard.core.errors import ModelLoadError, TerdGuardError
 from terdguard.core.loading import inspect_model
 
 from .errors import ModelConflict, ModelFailed, ModelNotReady, ModelUnknown
@@ -246,7 +246,12 @@ class ModelService:
     def _inspect(self, source: str) -> str:
         """Validate the model folder without loading it; returns its fingerprint."""
         path = resolve_source(self._settings.models_root, source)
-        _, unet_config, scheduler_config, fingerprint = inspect_model(path)
+        try:
+            _, unet_config, scheduler_config, fingerprint = inspect_model(path)
+        except ModelLoadError as error:
+            # Core messages name the absolute path; clients see the source they sent instead.
+            message = str(error).replace(str(path), source)
+            raise type(error)(message) from error
         self._info[fingerprint] = _model_info(unet_config, scheduler_config)
         return fingerprint
 

@@ -133,6 +133,7 @@ def test_register_rejects_bad_source(make_client: Callable[..., TestClient], mod
     assert problem["code"] == code
     assert problem["status"] == status
     assert problem["type"] == f"urn:terdguard:problem:{code}"
+    assert str(models_root.resolve()) not in problem["detail"]
     assert problem["instance"] == "/models"
     assert problem["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in response.text
