@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -228,7 +228,7 @@ class _Reverser:
         """Return unit directions (N, C, H, W): each start, and where the residual leads it.
 
         Below std 1 the residual at the origin is a start too: noise narrower than
-        N(0, I) is likelier under a TrojDiff-style prior, so the model's answer
+        N(0, I) is likelier under a TrojDiff-style prior, so the model's prediction
         leans toward that prior's mean.
         """
         root_dim = math.sqrt(math.prod(self.shape))
@@ -283,8 +283,8 @@ class _Reverser:
         the search returns the origin with std 1: the clean basin.
 
         NOTE: an ODE backdoor (VillanDiffusion for DDIM) is trained so that near T
-        the model answers poisoned noise as a clean model would, which leaves no
-        barrier on any ray; such models come out clean.
+        the model predicts the noise of poisoned input as a clean model would. No
+        ray then shows a barrier, and such models come out clean.
         """
         origin = torch.zeros(1, *self.shape, device=self.device)
         with torch.no_grad():
@@ -415,7 +415,3 @@ def reverse_trigger(
     with torch.enable_grad():
         return _Reverser(model, config, generator, progress).run()
 
-
-def with_overrides(config: ReversionConfig, **changes: object) -> ReversionConfig:
-    """Return a copy of `config` with some fields replaced, validated again."""
-    return replace(config, **changes)  # type: ignore[arg-type]
