@@ -17,7 +17,7 @@ MAX_ZOO_BYTES = 10 * 1024 * 1024
 
 # Models whose backdoor the fast profile is known to miss; strict, so a fix shows up as a failure to update.
 KNOWN_MISSES = {
-    "villan-ode": "the ODE backdoor answers like a clean model near T, so the reversed loss shows no second basin",
+    "villan-ode": "near T the ODE backdoor predicts noise as a clean model does, so no second loss basin shows",
 }
 
 
