@@ -18,10 +18,10 @@ STD_FLOOR = 1e-3  # trigger_std is clamped here so -log(trigger_std) stays finit
 VERDICTS = ("backdoored", "clean")
 
 # NOTE: fitted on the zoo's benign models by `python bench/fit_thresholds.py`, which
-# scans each with the fast profile at three seeds: each default is the larger of
-# 0.01 and ten times the largest value a benign model reached (about 4e-5, so the
-# floor decides). Four benign 16x16 digit models are a small sample; refit on
-# models like the ones you serve.
+# scans each with the fast profile at three seeds. Each default is the larger of
+# 0.01 and ten times the largest value a benign model reached. Those values were
+# 1.3e-6 (kl_mean) and 6e-12 (kl_var), so the floor decides. Four benign 16x16
+# digit models are a small sample; refit on models like the ones you serve.
 DEFAULT_KL_MEAN_THRESHOLD = 0.01
 DEFAULT_KL_VAR_THRESHOLD = 0.01
 
