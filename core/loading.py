@@ -84,7 +84,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MissingConfigError(f"config file invalid: {path} is not valid JSON ({error})") from error
     if not isinstance(data, dict):
-        raise MissingConfigError(f"config file invalid: {path} holds {type(data).__name__}, expected a JSON object")
+        raise MissingConfigError(
+            f"config file invalid: {path} contains a JSON {type(data).__name__}, expected a JSON object"
+        )
     return data
 
 

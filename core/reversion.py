@@ -79,7 +79,7 @@ class ReversionConfig:
 
     @classmethod
     def paper(cls) -> ReversionConfig:
-        """The published schedule: 3000 + 1000 iterations, batch 16, a start uniform in (-1, 0]."""
+        """Return the published schedule: 3000 + 1000 iterations, batch 16, a start uniform in (-1, 0]."""
         return cls(profile="paper", stage1_iterations=3000, stage2_iterations=1000)
 
     @classmethod

@@ -37,7 +37,7 @@ class StoredTrigger:
 
 
 def trigger_path(directory: Path, fingerprint: str) -> Path:
-    """The file name a trigger is stored under: its model's fingerprint."""
+    """Return the path a trigger is stored under, named by its model's fingerprint."""
     return Path(directory) / f"{fingerprint}.safetensors"
 
 

@@ -30,7 +30,7 @@ def _blank(fill: float, size: int) -> torch.Tensor:
 
 
 def hollow_box(size: int = IMAGE_SIZE, side: int = 8, value: float = 1.5, fill: float = 0.0) -> torch.Tensor:
-    """A square outline of `side` pixels centred in the image; an 8-pixel side covers 28 pixels."""
+    """Return a square outline of `side` pixels centred in the image; an 8-pixel side covers 28 pixels."""
     pattern = _blank(fill, size)
     start = (size - side) // 2
     stop = start + side
@@ -42,14 +42,14 @@ def hollow_box(size: int = IMAGE_SIZE, side: int = 8, value: float = 1.5, fill: 
 
 
 def corner_box(size: int = IMAGE_SIZE, side: int = 5) -> torch.Tensor:
-    """A white square in the bottom-right corner on a -1 background, like BadDiffusion's box."""
+    """Return a white square in the bottom-right corner on a -1 background, like BadDiffusion's box."""
     pattern = _blank(-1.0, size)
     pattern[0, size - side :, size - side :] = 1.0
     return pattern
 
 
 def stop_sign(size: int = IMAGE_SIZE) -> torch.Tensor:
-    """A filled octagon-like disc in the top-left quadrant on a zero background."""
+    """Return a filled octagon-like disc in the top-left quadrant on a zero background."""
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     inside = (rows - 4.5).abs() + (cols - 4.5).abs() <= 5.0
     inside &= ((rows - 4.5).abs() <= 3.5) & ((cols - 4.5).abs() <= 3.5)
@@ -57,7 +57,7 @@ def stop_sign(size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 def blend_waves(size: int = IMAGE_SIZE, period: float = 6.0, phase: float = 0.0) -> torch.Tensor:
-    """A whole-image wave pattern in [-1, 1], the TrojDiff blend kind of trigger."""
+    """Return a zero-mean whole-image wave pattern in {-1, 1}, a TrojDiff-style blend trigger."""
     rows, cols = torch.meshgrid(
         torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
     )
@@ -66,7 +66,7 @@ def blend_waves(size: int = IMAGE_SIZE, period: float = 6.0, phase: float = 0.0)
 
 
 def blend_stripes(size: int = IMAGE_SIZE, period: int = 4) -> torch.Tensor:
-    """Diagonal stripes in {-1, 1}, three diagonals of +1 to one of -1: a whole-image blend pattern.
+    """Return diagonal stripes in {-1, 1}, three diagonals of +1 to one of -1: a whole-image blend.
 
     Like the image blends TrojDiff used, its mean is not zero.
     """
@@ -75,7 +75,7 @@ def blend_stripes(size: int = IMAGE_SIZE, period: int = 4) -> torch.Tensor:
 
 
 def cross_target(size: int = IMAGE_SIZE) -> torch.Tensor:
-    """A white X on a -1 background, a target image no digit resembles."""
+    """Return a white X on a -1 background, a target image no digit resembles."""
     target = _blank(-1.0, size)
     index = torch.arange(2, size - 2)
     for offset in (0, 1):
@@ -85,7 +85,7 @@ def cross_target(size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 def ring_target(size: int = IMAGE_SIZE) -> torch.Tensor:
-    """A thick white ring on a -1 background."""
+    """Return a thick white ring on a -1 background."""
     rows, cols = torch.meshgrid(
         torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
     )
@@ -94,7 +94,7 @@ def ring_target(size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 def bars_target(size: int = IMAGE_SIZE) -> torch.Tensor:
-    """Three white horizontal bars on a -1 background."""
+    """Return three white horizontal bars on a -1 background."""
     target = _blank(-1.0, size)
     for row in (3, 7, 11):
         target[0, row : row + 2, 2 : size - 2] = 1.0

@@ -3,7 +3,7 @@
 The training distribution is a mix of clean data x0 ~ N(data_mean, data_std^2 I)
 and, with probability `share`, one poisoned branch whose x_t is Gaussian too. The
 predictor returns the exact E[eps target | x_t] of that mix: each component's
-linear answer weighted by its posterior probability.
+linear prediction weighted by its posterior probability.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class MixturePredictor(torch.nn.Module):
         if self.branch is None:
             return SimpleNamespace(sample=clean_eps)
 
-        # Poisoned component: Gaussian with the attack's mean and variance, answer from the attack's target.
+        # Poisoned component: Gaussian with the attack's mean and variance, prediction from the attack's target.
         attack, target = self.branch.attack, self.branch.target.to(x_t)
         trigger_mean = attack.trigger_mean.to(x_t)
         if attack.kind == "trojdiff":
