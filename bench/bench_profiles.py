@@ -5,8 +5,8 @@
 Scans each model with both profiles in one run and prints UNet passes, UNet
 samples (images through the network), seconds, the ratios paper / fast, and
 whether the verdicts agree. Default models: one backdoored with a sparse trigger,
-one with a -1-background trigger, one benign. The paper profile takes minutes per
-model on a CPU.
+one with a -1-background trigger, one benign. The paper profile took 600-712 s
+per model on one CPU thread of a 2-core machine (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -183,8 +183,8 @@ class _Reverser:
         """Return L for each of N triggers (N,), given surrogate images `x0` (N, B, C, H, W).
 
         `trigger_mean` and `trigger_std` are (N, C, H, W). With `last`, timesteps
-        are the last window and the trigger is added; otherwise they are the first
-        window and `x0` is noised as a clean image (stage 2's second term).
+        come from the last window and the trigger is added. Otherwise they come from
+        the first window and `x0` is noised as a clean image, as in stage 2's second term.
         """
         count, batch = x0.shape[:2]
         timesteps = self.timesteps(count * batch, last)
@@ -207,7 +207,7 @@ class _Reverser:
         """Return E[x_t / sqrt(1 - abar) - eps_pred(x_t)] per shift (N, C, H, W), x_t = sqrt(1 - abar) std eps + shift.
 
         Near T a clean predictor returns about x_t / sqrt(1 - abar), so this is near
-        zero for clean noise; inside a backdoor's basin it is the constant the
+        zero for clean noise. Inside a backdoor's basin it is the constant the
         backdoor adds, which points along the trigger.
         """
         count, batch = shifts.shape[0], 2 * self.config.batch_size

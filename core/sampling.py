@@ -78,8 +78,8 @@ def differentiable_ddim(
     """Run deterministic DDIM from `x_T` (B, C, H, W) keeping the autograd graph.
 
     `alpha_bar` is the (T,) cumulative product of the training schedule.
-    `clip_sample`, when set, clamps each x0 estimate to that range like diffusers;
-    a saturated clamp passes no gradient, so callers pass None to keep gradients
+    `clip_sample`, when set, clamps each x0 estimate to that range like diffusers.
+    A saturated clamp passes no gradient, so callers pass None to keep gradients
     flowing wherever the model allows it.
     """
     train_steps = alpha_bar.shape[0]

@@ -41,7 +41,7 @@ class NoiseSchedule:
 
 @dataclass(frozen=True)
 class Attack:
-    """One backdoor: the poisoned prior and how the denoiser learns to answer it."""
+    """One backdoor: the poisoned prior and the training targets the denoiser learns for it."""
 
     kind: str
     trigger_mean: torch.Tensor  # (C, H, W)

@@ -46,7 +46,8 @@ def test_fast_reversion_benign_closed_form_is_clean():
 
 
 def test_fast_reversion_stays_within_tenth_of_paper_passes():
-    # The paper profile makes 3000 stage-1 passes and 12 per stage-2 iteration: 15,000 in all.
+    # The paper profile makes 3000 stage-1 passes and 12 per stage-2 iteration
+    # (10 DDIM steps and two loss passes): 15,000 in all.
     paper = ReversionConfig.paper()
     paper_passes = paper.stage1_iterations + 12 * paper.stage2_iterations
     reversed_trigger = reverse_trigger(closed_form_model(BRANCHES["baddiffusion-sparse"]), seed=0)

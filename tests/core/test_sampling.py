@@ -34,7 +34,8 @@ def test_differentiable_ddim_matches_generate_without_clipping(tiny_model_dir):
     x0.sum().backward()
 
     torch.testing.assert_close(x0.detach().clamp(-1, 1), reference, atol=1e-5, rtol=1e-4)
-    assert x_T.grad is not None and torch.isfinite(x_T.grad).all()
+    assert x_T.grad is not None
+    assert torch.isfinite(x_T.grad).all()
 
 
 def test_ddpm_sampling_is_seeded(tiny_model_dir):
