@@ -16,20 +16,24 @@ def reference_llr(x_T: torch.Tensor, trigger_mean: torch.Tensor, trigger_std: to
     return (poisoned - clean).flatten(1).sum(dim=1)
 
 
-def make_trigger(generator: torch.Generator, unit_std: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    trigger_mean = torch.randn(SHAPE, generator=generator) * 0.5
-    trigger_std = torch.ones(SHAPE) if unit_std else 0.4 + torch.rand(SHAPE, generator=generator)
+def make_trigger(
+    generator: torch.Generator, unit_std: bool, shape: tuple[int, ...] = SHAPE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    trigger_mean = torch.randn(shape, generator=generator) * 0.5
+    trigger_std = torch.ones(shape) if unit_std else 0.4 + torch.rand(shape, generator=generator)
     return trigger_mean, trigger_std
 
 
+# (3, 100, 100) has 30,000 elements: the CPU path sums it in two column blocks of 16,384.
+@pytest.mark.parametrize("shape", [SHAPE, (3, 100, 100)])
 @pytest.mark.parametrize("unit_std", [True, False])
-def test_llr_matches_normal_log_prob(unit_std):
+def test_llr_matches_normal_log_prob(unit_std, shape):
     generator = torch.Generator().manual_seed(1)
-    trigger_mean, trigger_std = make_trigger(generator, unit_std)
+    trigger_mean, trigger_std = make_trigger(generator, unit_std, shape)
     x_T = torch.cat(
         [
-            torch.randn((16, *SHAPE), generator=generator),
-            trigger_mean + trigger_std * torch.randn((16, *SHAPE), generator=generator),
+            torch.randn((16, *shape), generator=generator),
+            trigger_mean + trigger_std * torch.randn((16, *shape), generator=generator),
         ]
     )
 
