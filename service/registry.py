@@ -133,6 +133,12 @@ class Registry:
             rows = session.scalars(select(ModelRow).order_by(ModelRow.name)).all()
             return [ModelRecord.from_row(row) for row in rows]
 
+    def with_fingerprint(self, fingerprint: str) -> list[ModelRecord]:
+        """Return the models whose files have this fingerprint, sorted by name."""
+        with self._sessions() as session:
+            statement = select(ModelRow).where(ModelRow.fingerprint == fingerprint).order_by(ModelRow.name)
+            return [ModelRecord.from_row(row) for row in session.scalars(statement).all()]
+
     def add(self, name: str, source: str, fingerprint: str, profile: str, seed: int) -> ModelRecord | None:
         """Insert a queued row; returns None when the name is taken (the caller re-reads it)."""
         now = utc_now()

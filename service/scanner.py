@@ -163,6 +163,13 @@ class ScanWorker:
         logger.info("scan finished model=%s verdict=%s kl_mean=%.4g kl_var=%.4g seconds=%.1f",
                     job.name, trigger.verdict, trigger.kl_mean, trigger.kl_var, seconds)
 
+        # 4. The store keys triggers by fingerprint, so ready models with the same files now use this one too.
+        for other in self._registry.with_fingerprint(job.fingerprint):
+            if other.name == job.name or other.state != "ready":
+                continue
+            if self.finish_ready(other.name, other.scan_id, trigger):
+                logger.info("trigger shared model=%s from=%s", other.name, job.name)
+
     def finish_ready(self, name: str, scan_id: str, trigger: GuardTrigger) -> bool:
         """Mark a model ready with a trigger's verdict and statistics; False when the scan was superseded."""
         iterations = trigger.result.report.iterations

@@ -168,6 +168,19 @@ def test_rescan_runs_real_scan(client: TestClient) -> None:
         'terdguard_scans_total{outcome="clean",profile="fast"} 1.0' in metrics
 
 
+def test_rescan_updates_same_files(client: TestClient) -> None:
+    response = client.post("/models?wait=true", json={"name": "twin", "source": MODEL_NAME})
+    assert response.json()["state"] == "ready"
+
+    response = client.post(f"/models/{MODEL_NAME}/scan?wait=true", json={"seed": 4})
+    assert response.json()["state"] == "ready"
+
+    twin = client.get("/models/twin").json()
+    assert twin["state"] == "ready"
+    assert twin["statistics"] == response.json()["statistics"]
+    assert twin["statistics"]["seed"] == 4
+
+
 def test_scan_progress_visible(make_client: Callable[..., TestClient], models_root: Path, tmp_path: Path) -> None:
     client = make_client(reversion_configs={"fast": short_config(stage1_iterations=4000)},
                          shipped_triggers_dir=tmp_path / "no-shipped-triggers")
