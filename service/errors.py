@@ -92,6 +92,10 @@ class SamplerTimeout(ServiceError):
     """The remote sampler did not respond in time."""
 
 
+class ClientDisconnected(ServiceError):
+    """The client closed the connection before its generation finished, so the generation was stopped."""
+
+
 class GuardRejected(ServiceError):
     """The guard flagged at least one sample as poisoned under the `reject` policy."""
 
@@ -124,6 +128,8 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     QueueFull: ErrorKind(429, "queue_full", "Generation queue full"),
     SamplerUnavailable: ErrorKind(502, "sampler_unavailable", "Sampler unavailable"),
     SamplerTimeout: ErrorKind(504, "sampler_timeout", "Sampler timed out"),
+    # 499 is the status nginx logs for a request its client closed. The body is never read, but metrics count it.
+    ClientDisconnected: ErrorKind(499, "client_disconnected", "Client closed the request"),
     # Core errors.
     core.ModelNotFoundError: ErrorKind(422, "source_not_found", "Model source not found"),
     core.MissingConfigError: ErrorKind(422, "missing_config", "Model config missing or invalid"),

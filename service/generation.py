@@ -15,11 +15,12 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from terdguard.core.errors import InvalidLatentsError
 from terdguard.core.loading import DiffusionModel, load_model
 from terdguard.core.sampling import generate
 
-from .errors import InvalidRequest, ModelChanged, QueueFull, SamplerTimeout, SamplerUnavailable
+from .errors import ClientDisconnected, InvalidRequest, ModelChanged, QueueFull, SamplerTimeout, SamplerUnavailable
 from .metrics import Metrics
 from .sources import resolve_source
 from .tensors import encode_tensor
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_CACHE_SIZE = 4
 MAX_RETRY_AFTER_SECONDS = 60
+DISCONNECT_POLL_SECONDS = 0.2
+
+Disconnected = Callable[[], Awaitable[bool]]  # Starlette's Request.is_disconnected
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,11 @@ class LocalSampler:
     def __init__(self, cache: ModelCache) -> None:
         self._cache = cache
 
-    def sample(self, job: SampleJob) -> SampleOutput:
-        """Denoise `job.x_T`; blocking, so callers run it in a worker thread."""
+    def sample(self, job: SampleJob, cancelled: threading.Event | None = None) -> SampleOutput:
+        """Denoise `job.x_T`; blocking, so callers run it in a worker thread.
+
+        Raises ClientDisconnected at the next step once `cancelled` is set.
+        """
         start = time.perf_counter()
         model = self._cache.get(job.source, job.fingerprint)
         if tuple(job.x_T.shape[1:]) != model.sample_shape:
@@ -121,11 +128,42 @@ class LocalSampler:
                 f"num_inference_steps invalid: got {job.num_inference_steps}, expected 1 to {model.num_train_timesteps}"
             )
         generator = torch.Generator(device=model.device).manual_seed(job.seed)
+
+        def stop_when_cancelled(done: int, total: int) -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise ClientDisconnected(f"generation stopped after {done} of {total} steps: the client disconnected")
+
         images = generate(
             model.predict_eps, model.scheduler_config, job.x_T.to(model.device), sampler=job.sampler,
-            num_inference_steps=job.num_inference_steps, generator=generator,
+            num_inference_steps=job.num_inference_steps, generator=generator, progress=stop_when_cancelled,
         )
         return SampleOutput(images_to_png(images), time.perf_counter() - start)
+
+    async def sample_while_connected(self, job: SampleJob, disconnected: Disconnected | None) -> SampleOutput:
+        """Run `sample` in a worker thread and stop it between steps once `disconnected()` returns True."""
+        if disconnected is None:
+            return await anyio.to_thread.run_sync(self.sample, job)
+        cancelled = threading.Event()
+
+        async def watch() -> None:
+            while not await disconnected():
+                await anyio.sleep(DISCONNECT_POLL_SECONDS)
+            cancelled.set()
+
+        output: SampleOutput | None = None
+        error: Exception | None = None
+        # An error is raised after the task group exits, because inside it the caller would get an ExceptionGroup.
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            try:
+                output = await anyio.to_thread.run_sync(self.sample, job, cancelled)
+            except Exception as caught:
+                error = caught
+            group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        assert output is not None
+        return output
 
 
 class RemoteSampler:

@@ -13,8 +13,8 @@ import torch
 
 from terdguard.core.errors import InvalidLatentsError
 
-from .errors import GuardRejected, InvalidRequest
-from .generation import GenerationGate, LocalSampler, RemoteSampler, SampleJob, SampleOutput
+from .errors import ClientDisconnected, GuardRejected, InvalidRequest
+from .generation import Disconnected, GenerationGate, LocalSampler, RemoteSampler, SampleJob, SampleOutput
 from .guard import Decision, Screening, resolve_policy, screen
 from .metrics import Metrics
 from .models_service import ModelInfo, ModelService
@@ -62,7 +62,8 @@ class InferenceService:
         return DetectResponse(model=record.name, policy=policy, decisions=_public(step.screening.decisions),
                               timings=Timings(guard_seconds=step.seconds, sampler_seconds=0.0, total_seconds=seconds))
 
-    async def generate(self, body: GenerateRequest, request_id: str | None) -> GenerateResponse:
+    async def generate(self, body: GenerateRequest, request_id: str | None,
+                       disconnected: Disconnected | None = None) -> GenerateResponse:
         start = time.perf_counter()
         if body.latents is not None and body.num_images is not None:
             raise InvalidRequest("request invalid: got both latents and num_images, expected one of them")
@@ -86,7 +87,7 @@ class InferenceService:
         # 2. Sampler: only accepted latents get here.
         job = SampleJob(model=record.name, source=record.source, fingerprint=record.fingerprint,
                         x_T=step.screening.x_T, sampler=body.sampler, num_inference_steps=steps, seed=step.seed)
-        output = await self._sample(job, request_id)
+        output = await self._sample(job, request_id, disconnected)
         self._metrics.generation_duration.labels(model=record.name, sampler=body.sampler).observe(output.seconds)
 
         total = time.perf_counter() - start
@@ -98,14 +99,18 @@ class InferenceService:
             timings=Timings(guard_seconds=step.seconds, sampler_seconds=output.seconds, total_seconds=total),
         )
 
-    async def _sample(self, job: SampleJob, request_id: str | None) -> SampleOutput:
+    async def _sample(self, job: SampleJob, request_id: str | None, disconnected: Disconnected | None) -> SampleOutput:
         async with self._gate.slot():
             start = time.perf_counter()
             if self._remote is not None:
                 output = await self._remote.sample(job, request_id)
             else:
                 assert self._local is not None, "an app has a local or a remote sampler"
-                output = await anyio.to_thread.run_sync(self._local.sample, job)
+                try:
+                    output = await self._local.sample_while_connected(job, disconnected)
+                except ClientDisconnected as error:
+                    logger.info("generation stopped model=%s request_id=%s: %s", job.model, request_id, error)
+                    raise
             # Wall time seen by the guard, so a remote sampler's network time counts too.
             return SampleOutput(output.images, time.perf_counter() - start)
 

@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 import torch
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from terdguard.core.errors import InvalidLatentsError
 
 from .deps import SamplerKeyDep, SettingsDep
-from .errors import InvalidRequest, install_error_handlers
+from .errors import ClientDisconnected, InvalidRequest, install_error_handlers
 from .generation import GenerationGate, LocalSampler, ModelCache, SampleJob
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
@@ -52,7 +51,11 @@ async def sample(body: SampleRequest, request: Request, settings: SettingsDep) -
     job = _job(body, settings)
     state = request.app.state
     async with state.gate.slot():
-        output = await anyio.to_thread.run_sync(state.local.sample, job)
+        try:
+            output = await state.local.sample_while_connected(job, request.is_disconnected)
+        except ClientDisconnected as error:
+            logger.info("sample stopped model=%s: %s", job.source, error)
+            raise
     state.metrics.generation_duration.labels(model=job.source, sampler=job.sampler).observe(output.seconds)
     return SampleResponse(images=[base64.b64encode(image).decode("ascii") for image in output.images],
                           seconds=output.seconds)

@@ -14,7 +14,7 @@ router = APIRouter(tags=["inference"], dependencies=[InferenceKeyDep])
 @router.post("/generate")
 async def generate(body: GenerateRequest, request: Request, inference: InferenceDep) -> GenerateResponse:
     """Screen the initial noise with the model's trigger, then generate from the accepted noise."""
-    return await inference.generate(body, request_id_of(request))
+    return await inference.generate(body, request_id_of(request), request.is_disconnected)
 
 
 @router.post("/detect")

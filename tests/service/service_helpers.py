@@ -68,3 +68,19 @@ class ServerProcess:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+
+
+def metric_sum(metrics: str, prefix: str) -> float:
+    """Return the sum of every sample in Prometheus text `metrics` whose line starts with `prefix`."""
+    lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def wait_for_metric(url: str, prefix: str, minimum: float, timeout: float = 30.0) -> float:
+    """Poll `url`/metrics until the samples starting with `prefix` sum to at least `minimum`; return the sum."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = metric_sum(httpx.get(f"{url}/metrics", timeout=10.0).text, prefix)
+        if value >= minimum or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)

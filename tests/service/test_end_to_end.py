@@ -16,7 +16,7 @@ from terdguard.service.demo import run_demo
 from terdguard.service.tensors import encode_tensor
 
 from .conftest import ZOO_MODEL
-from .service_helpers import ServerProcess, noise
+from .service_helpers import ServerProcess, metric_sum, noise, wait_for_metric
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,11 +53,6 @@ def _wait_ready(client: httpx.Client, name: str, timeout: float = 60.0) -> dict:
         time.sleep(0.2)
 
 
-def _counter(metrics: str, prefix: str) -> float:
-    lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
-
-
 def test_guard_end_to_end(tmp_path: Path, zoo_root: Path, shipped_triggers: Path, servers: list[ServerProcess],
                           true_trigger: tuple[torch.Tensor, torch.Tensor]) -> None:
     log = tmp_path / "server.log"
@@ -91,9 +86,9 @@ def test_guard_end_to_end(tmp_path: Path, zoo_root: Path, shipped_triggers: Path
         assert (tmp_path / "demo" / "trigger.png").is_file()
 
         metrics = client.get("/metrics").text
-        assert _counter(metrics, 'terdguard_guard_decisions_total{action="rejected"') == 2.0
-        assert _counter(metrics, 'terdguard_guard_decisions_total{action="passed"') == 2.0
-        assert _counter(metrics, 'terdguard_http_requests_total{method="POST",route="/generate",status="403"') == 2.0
+        assert metric_sum(metrics, 'terdguard_guard_decisions_total{action="rejected"') == 2.0
+        assert metric_sum(metrics, 'terdguard_guard_decisions_total{action="passed"') == 2.0
+        assert metric_sum(metrics, 'terdguard_http_requests_total{method="POST",route="/generate",status="403"') == 2.0
 
     # 3. Restart without shipped triggers: the stored trigger is reused, no scan runs.
     guard.stop()
@@ -106,5 +101,23 @@ def test_guard_end_to_end(tmp_path: Path, zoo_root: Path, shipped_triggers: Path
         assert after["statistics"] == record["statistics"]
         assert client.post("/generate", json=poisoned).status_code == 403
         metrics = client.get("/metrics").text
-        assert _counter(metrics, "terdguard_scans_total") == 0.0
+        assert metric_sum(metrics, "terdguard_scans_total") == 0.0
         assert 'terdguard_models{state="ready"} 1.0' in metrics
+
+
+def test_disconnect_stops_generation(tmp_path: Path, zoo_root: Path, shipped_triggers: Path,
+                                     servers: list[ServerProcess]) -> None:
+    log = tmp_path / "server.log"
+    guard = ServerProcess(_guard_env(tmp_path, zoo_root, shipped_triggers), log_path=log).start()
+    servers.append(guard)
+    assert httpx.post(f"{guard.url}/models?wait=true", json={"name": ZOO_MODEL, "source": ZOO_MODEL},
+                      timeout=60.0).json()["state"] == "ready"
+
+    # 1000 DDPM steps on 8 images take several seconds on a CPU, so the client gives up long before the end.
+    slow = {"model": ZOO_MODEL, "num_images": 8, "sampler": "ddpm", "num_inference_steps": 1000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{guard.url}/generate", json=slow, timeout=0.5)
+
+    stopped = 'terdguard_http_requests_total{method="POST",route="/generate",status="499"'
+    assert wait_for_metric(guard.url, stopped, 1.0) == 1.0
+    assert "generation stopped" in log.read_text()

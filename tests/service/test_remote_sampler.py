@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from terdguard.service.tensors import encode_tensor
 
 from .conftest import MODEL_NAME
-from .service_helpers import ServerProcess, free_port, noise
+from .service_helpers import ServerProcess, free_port, metric_sum, noise, wait_for_metric
 
 SAMPLER_KEY = "sampler-key-for-tests"
 
@@ -77,8 +77,13 @@ def test_sampler_unreachable_gives_502(make_client: Callable[..., TestClient]) -
 
 
 def test_sampler_slow_gives_504(make_client: Callable[..., TestClient], sampler: ServerProcess) -> None:
+    stopped = 'terdguard_http_requests_total{method="POST",route="/v1/sample",status="499"'
+    before = metric_sum(httpx.get(f"{sampler.url}/metrics", timeout=10).text, stopped)
     client = _guard(make_client, sampler.url, sampler_timeout=0.05)
-    response = client.post("/generate", json={"model": MODEL_NAME, "num_images": 1, "sampler": "ddpm",
-                                              "num_inference_steps": 300})
+    response = client.post("/generate", json={"model": MODEL_NAME, "num_images": 8, "sampler": "ddpm",
+                                              "num_inference_steps": 1000})
     assert response.status_code == 504
     assert response.json()["code"] == "sampler_timeout"
+
+    # The guard closed the connection, so the sampler stops the generation instead of finishing it.
+    assert wait_for_metric(sampler.url, stopped, before + 1) == before + 1
