@@ -7,6 +7,7 @@ import torch
 from terdguard.core.detection import detect
 from terdguard.core.errors import ScanFailedError
 from terdguard.core.reversion import ReversionConfig, reverse_trigger
+from terdguard.core.search import StartSearch
 from terdguard.core.zoo.attacks import Attack
 from terdguard.core.zoo.data import bars_target, blend_waves, corner_box, hollow_box, ring_target
 
@@ -45,13 +46,26 @@ def test_fast_reversion_benign_closed_form_is_clean():
     assert reversed_trigger.start == "zero"
 
 
-def test_fast_reversion_stays_within_tenth_of_paper_passes():
+# A benign model pays for every search step, the valley search included.
+@pytest.mark.parametrize("name", ["baddiffusion-sparse", "benign"])
+def test_fast_reversion_stays_within_tenth_of_paper_passes(name):
     # The paper profile makes 3000 stage-1 passes and 12 per stage-2 iteration
     # (10 DDIM steps and two loss passes): 15,000 in all.
     paper = ReversionConfig.paper()
     paper_passes = paper.stage1_iterations + 12 * paper.stage2_iterations
-    reversed_trigger = reverse_trigger(closed_form_model(BRANCHES["baddiffusion-sparse"]), seed=0)
+    reversed_trigger = reverse_trigger(closed_form_model(BRANCHES.get(name)), seed=0)
     assert reversed_trigger.unet_passes <= paper_passes / 10
+
+
+def test_valley_needs_loss_contrast():
+    # The benign closed-form predictor is linear, so the reversed loss is the same in
+    # every direction: low enough for a valley, but with no contrast to the starts.
+    config = ReversionConfig.fast()
+    probe = StartSearch(closed_form_model(None), config, torch.Generator().manual_seed(0), None)
+    valley = probe.valley(probe.clean_loss())
+    assert valley.ratio < config.valley_ratio
+    assert valley.contrast < config.valley_contrast
+    assert not valley.found(config)
 
 
 def test_same_seed_same_trigger():

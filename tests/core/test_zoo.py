@@ -16,20 +16,6 @@ BACKDOORED = [entry.name for entry in ZOO if entry.backdoored]
 MAX_ZOO_BYTES = 10 * 1024 * 1024
 
 # Models whose backdoor the fast profile is known to miss; strict, so a fix shows up as a failure to update.
-KNOWN_MISSES = {
-    "villan-ode": "near T the ODE backdoor predicts noise as a clean model does, so no second loss basin shows",
-}
-
-
-def with_known_misses(names):
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_MISSES[name], strict=True))
-        if name in KNOWN_MISSES
-        else name
-        for name in names
-    ]
-
-
 def test_every_catalog_model_is_built():
     assert sorted(BUILT) == sorted(entry.name for entry in ZOO)
 
@@ -73,7 +59,7 @@ def test_attack_fires_under_its_sampler(name):
     assert measurement.clean_target_rate <= (0.3 if entry.target_class is not None else 0.1)
 
 
-@pytest.mark.parametrize("name", with_known_misses(sorted(BUILT)))
+@pytest.mark.parametrize("name", sorted(BUILT))
 def test_shipped_trigger_has_true_verdict(name):
     model = load_model(BUILT[name], device="cpu")
     shipped = load_scan(trigger_path(zoo.TRIGGERS_DIR, model.fingerprint), model.fingerprint)
