@@ -238,6 +238,7 @@ class StartSearch(TriggerProbe):
         the directions found, at that radius.
         """
         config = self.config
+        # NOTE: one radius only. The zoo's ODE trigger has norm 0.54 sqrt(D); much smaller or larger ones are untested.
         radius = config.probe_norms[0] * math.sqrt(math.prod(self.shape))
         directions = self.unit_starts()
         stds = torch.ones_like(directions)
