@@ -74,6 +74,7 @@ def run_zoo(args: argparse.Namespace) -> int:
 
     if args.zoo_command == "list":
         built = zoo.zoo_model_dirs()
+        print(f"models in {zoo.MODELS_DIR}, shipped triggers in {zoo.TRIGGERS_DIR}")
         for entry in select(None):
             state = "built" if entry.name in built else "not built"
             measured = ""
@@ -166,7 +167,8 @@ def add_core_commands(subparsers: argparse._SubParsersAction) -> None:
     scan.add_argument("--profile", choices=PROFILES, default="fast", help="reversion schedule (default: fast)")
     scan.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator used by the scan (default: 0)")
     scan.add_argument("--device", choices=DEVICES, default="auto", help="torch device; auto picks CUDA when present")
-    scan.add_argument("--out", default="terdguard-triggers", help="folder for <fingerprint>.safetensors and .png")
+    scan.add_argument("--out", default="terdguard-triggers",
+                      help="folder for <fingerprint>.safetensors and .png (default: terdguard-triggers)")
     scan.add_argument(
         "--false-positive-rate",
         type=float,

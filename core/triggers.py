@@ -21,6 +21,7 @@ from .errors import TriggerFileError
 FORMAT_VERSION = "1"
 PNG_SCALE = 8  # each trigger pixel becomes an 8x8 block so a 16x16 trigger is visible
 MEAN_SCALE_FLOOR = 1.0  # one standard deviation of the clean noise
+STD_SCALE_MAX = 1.5  # the std panel is white at this value and above
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,13 @@ def render_png(trigger_mean: torch.Tensor, trigger_std: torch.Tensor, scale: int
     The mean is scaled symmetrically so 0 is mid-grey and black and white stand for
     the largest |value|, but never for less than MEAN_SCALE_FLOOR, so the near-zero
     mean of a clean model stays grey instead of being stretched into noise. The std
-    is scaled from 0 (black) to its maximum (white).
+    is drawn on a fixed scale from 0 (black) to STD_SCALE_MAX (white), so the
+    benign std of 1 is the same grey in every image and a narrower prior is darker.
     """
     mean = trigger_mean.detach().cpu().float().numpy()
     std = trigger_std.detach().cpu().float().numpy()
     bound = max(float(np.abs(mean).max()), MEAN_SCALE_FLOOR)
-    panels = [_to_uint8(mean, -bound, bound), _to_uint8(std, 0.0, float(std.max()) or 1.0)]
+    panels = [_to_uint8(mean, -bound, bound), _to_uint8(std, 0.0, STD_SCALE_MAX)]
     channels, height, _ = mean.shape
     gap = np.full((channels, height, 1), 255, dtype=np.uint8)
     image = np.concatenate([panels[0], gap, panels[1]], axis=2)

@@ -80,7 +80,7 @@ class InferenceService:
             logger.warning("generation rejected model=%s flagged=%d request_id=%s", record.name, flagged, request_id)
             raise GuardRejected(
                 f"request rejected: {flagged} of {len(step.screening.decisions)} samples carry "
-                f"{record.name!r}'s trigger (llr above {trigger.llr_threshold:.4g})",
+                f"the trigger of {record.name!r} (llr above {trigger.llr_threshold:.4g})",
                 extensions={"decisions": [d.model_dump() for d in _public(step.screening.decisions)]},
             )
 

@@ -108,7 +108,7 @@ def _percent(value: float | None) -> str:
 def format_table(rows: list[EvalRow], false_positive_rate: float) -> str:
     """Render rows as a Markdown table."""
     header = (
-        "| model | truth | verdict | kl_mean | kl_var | trigger norm | cosine | TPR@0 | TNR@0 "
+        "| model | truth | verdict | kl_mean | kl_var | true trigger norm | cosine | TPR@0 | TNR@0 "
         f"| TPR@NP({false_positive_rate:g}) | TNR@NP | Bayes error | UNet passes | UNet samples | seconds |"
     )
     lines = [header, "|" + " --- |" * 15]

@@ -72,6 +72,14 @@ def test_png_shows_mean_and_std_side_by_side(channels, mode):
     pixels = image.convert("L")
     assert pixels.getpixel((0, 0)) == 255  # the largest positive value is white
     assert pixels.getpixel((2 * PNG_SCALE, 2 * PNG_SCALE)) in (127, 128)  # zero is mid-grey
+    assert pixels.getpixel((6 * PNG_SCALE, 2 * PNG_SCALE)) == 170  # std 1 is light grey, never stretched to white
+
+
+def test_png_shows_narrow_std_darker():
+    trigger_std = torch.ones(1, 4, 4)
+    trigger_std[0, 0, 0] = 0.6
+    pixels = Image.open(io.BytesIO(render_png(torch.zeros(1, 4, 4), trigger_std))).convert("L")
+    assert pixels.getpixel((5 * PNG_SCALE, 0)) < pixels.getpixel((6 * PNG_SCALE, 0))
 
 
 def test_png_keeps_tiny_mean_grey():
