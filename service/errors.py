@@ -208,12 +208,25 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     extensions: dict[str, Any] = {"errors": shown}
     if len(fields) > len(shown):
         extensions["errors_omitted"] = len(fields) - len(shown)
-    first = shown[0] if shown else {"loc": [], "msg": "invalid request"}
+    first = shown[0] if shown else {"loc": [], "msg": "invalid request", "type": ""}
     location = ".".join(str(part) for part in first["loc"])
-    detail = f"request invalid: {location}: {first['msg']}"
+    detail = f"request invalid: {location}: {first['msg']}{_body_hint(error.errors()[0] if fields else {}, request)}"
     if len(fields) > 1:
         detail += f" (and {len(fields) - 1} more)"
     return _respond(request, ERROR_TABLE[RequestValidationError], detail, extensions=extensions)
+
+
+def _body_hint(item: Mapping[str, Any], request: Request) -> str:
+    """Return what to fix when the body as a whole is not JSON or not an object, else ''."""
+    location = tuple(item.get("loc", ()))
+    if item.get("type") == "json_invalid":
+        reason = (item.get("ctx") or {}).get("error", "")
+        at = f" at character {location[1]}" if len(location) > 1 else ""
+        return f" ({reason}{at}); send the body as one JSON object"
+    content_type = request.headers.get("content-type", "")
+    if location == ("body",) and "json" not in content_type:
+        return f"; got content-type {content_type or 'none'!r}, send a JSON object with content-type application/json"
+    return ""
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:

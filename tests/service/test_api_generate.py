@@ -68,6 +68,20 @@ def guard(make_client: Callable[..., TestClient]) -> TestClient:
     return client
 
 
+def test_bad_json_detail_names_fix(guard: TestClient) -> None:
+    response = guard.post("/generate", content=b'{"model": ', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "at character 10" in response.json()["detail"]
+    assert "send the body as one JSON object" in response.json()["detail"]
+
+
+def test_non_json_content_type_detail_names_fix(guard: TestClient) -> None:
+    response = guard.post("/generate", content=b"model=x", headers={"content-type": "text/plain"})
+    assert response.status_code == 422
+    assert "'text/plain'" in response.json()["detail"]
+    assert "content-type application/json" in response.json()["detail"]
+
+
 @pytest.mark.parametrize(("case", "body", "status", "code"), BAD_REQUESTS, ids=[row[0] for row in BAD_REQUESTS])
 def test_generate_rejects_bad_input(guard: TestClient, case: str, body: str, status: int, code: str) -> None:
     response = guard.post("/generate", content=body, headers={"content-type": "application/json"})
