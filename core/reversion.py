@@ -117,7 +117,7 @@ class ReversionConfig:
 class ReversionProgress:
     """Progress sent to the callback after each optimisation iteration."""
 
-    stage: int
+    stage: int  # 0 while the fast profile searches for a start, then 1 and 2
     iteration: int  # iterations done over both stages
     planned: int  # iterations planned over both stages
     loss: float
@@ -146,6 +146,13 @@ class _Reverser(StartSearch):
     """The optimisation state of one reversion run: the search, then the two stages."""
 
     # -- the two stages ---------------------------------------------------------------------
+
+    def searched(self, loss: torch.Tensor) -> None:
+        # Stage 0 is the search: no optimisation iteration is done yet, but UNet passes grow.
+        if self.progress is not None:
+            self.progress(
+                ReversionProgress(0, 0, self.config.planned_iterations(), float(loss.min()), self.unet_passes)
+            )
 
     def report(self, stage: int, loss: torch.Tensor) -> None:
         value = float(loss.detach().min())

@@ -104,6 +104,9 @@ class TriggerProbe:
 class StartSearch(TriggerProbe):
     """The fast profile's search for where stage 1 starts."""
 
+    def searched(self, loss: torch.Tensor) -> None:
+        """Hook called after each search step with its losses; the reverser reports it as stage 0 progress."""
+
     @torch.no_grad()
     def mean_residual(self, shifts: torch.Tensor, std: float) -> torch.Tensor:
         """Return E[x_t / sqrt(1 - abar) - eps_pred(x_t)] per shift (N, C, H, W), x_t = sqrt(1 - abar) std eps + shift.
@@ -198,6 +201,7 @@ class StartSearch(TriggerProbe):
         for std in self.config.probe_stds:
             directions, names = self.probe_directions(std)
             scales, curves = self.ray_losses(directions, std)
+            self.searched(curves)
             for index, curve in enumerate(curves.tolist()):
                 basin = self.second_basin(curve, clean_loss)
                 if basin is not None:
@@ -257,6 +261,7 @@ class StartSearch(TriggerProbe):
             schedule.step()
             with torch.no_grad():
                 directions /= directions.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            self.searched(loss.detach())
 
         with torch.no_grad():
             directions = directions.detach()

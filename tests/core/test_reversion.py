@@ -88,6 +88,18 @@ def test_progress_reports_each_iteration():
     assert reversed_trigger.device == "cpu"
 
 
+def test_fast_search_reports_stage_zero():
+    seen = []
+    reverse_trigger(closed_form_model(None), ReversionConfig.fast(), seed=0, progress=seen.append)
+
+    searching = [update for update in seen if update.stage == 0]
+    assert searching
+    assert all(update.iteration == 0 for update in searching)
+    assert seen[: len(searching)] == searching
+    assert searching[-1].unet_passes > searching[0].unet_passes
+    assert seen[-1].stage == 2
+
+
 def test_non_finite_loss_fails_scan():
     model = closed_form_model(None)
     broken = dataclasses.replace(model, unet=lambda x_t, timesteps: SimpleNamespace(sample=x_t * float("nan")))
