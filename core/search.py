@@ -1,4 +1,4 @@
-"""Where the fast profile starts stage 1: a probe of the model for a backdoor's basin or valley.
+"""The fast profile's start search: a probe of the model for a backdoor's basin or valley.
 
 `TriggerProbe` keeps what a reversion run shares (model, RNG, UNet counters) and
 the reversed loss. `StartSearch` adds the search: ray scans for a second loss
@@ -233,7 +233,7 @@ class StartSearch(TriggerProbe):
 
         An ODE backdoor (VillanDiffusion for DDIM) is trained so that near T the
         model predicts the noise of r + eps just as a clean model predicts that of
-        clean noise, so along r the reversed loss stays near the clean basin's.
+        clean noise. Along r the reversed loss therefore stays near the clean basin's.
         In other directions, at the same norm, the input lies off the data and the
         loss rises. On the sphere of radius `probe_norms[0]` * sqrt(D) this
         minimises the loss over directions from each probe start; a valley is a
@@ -242,7 +242,7 @@ class StartSearch(TriggerProbe):
         the directions found, at that radius.
         """
         config = self.config
-        # NOTE: one radius only. The zoo's ODE trigger has norm 0.54 sqrt(D); much smaller or larger ones are untested.
+        # NOTE: one radius only. A held-out ODE trigger of norm sqrt(D) was found with cosine 0.49 only.
         radius = config.probe_norms[0] * math.sqrt(math.prod(self.shape))
         directions = self.unit_starts()
         stds = torch.ones_like(directions)
