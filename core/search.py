@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 PROBE_STARTS = ("uniform_positive", "uniform_negative", "normal_positive", "normal_negative")
 
+
+def unit(directions: torch.Tensor) -> torch.Tensor:
+    """Return each of N directions (N, C, H, W) scaled to norm 1."""
+    return directions / directions.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
 @dataclass(frozen=True)
 class Valley:
     """The outcome of the valley search: a point, its loss over the clean basin's, the starts' over its."""
@@ -126,7 +132,7 @@ class StartSearch(TriggerProbe):
         """Move unit directions (N, C, H, W) to where the model's residual at `norms` times them points."""
         for _ in range(self.config.probe_iterations):
             residual = self.mean_residual(directions * norms.view(-1, 1, 1, 1), std)
-            directions = residual / residual.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            directions = unit(residual)
         return directions
 
     def probe_directions(self, std: float) -> tuple[torch.Tensor, list[str]]:
@@ -150,7 +156,7 @@ class StartSearch(TriggerProbe):
             raw = torch.cat([raw, self.mean_residual(torch.zeros(1, *self.shape, device=self.device), std)])
             names.append("origin")
             norms.append(self.config.probe_norms[0] * root_dim)
-        raw = raw / raw.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        raw = unit(raw)
         followed = self.follow_residual(raw, torch.tensor(norms, device=self.device), std)
         return torch.cat([followed, raw]), [f"probe_{name}" for name in names] + names
 
@@ -225,8 +231,7 @@ class StartSearch(TriggerProbe):
     def unit_starts(self) -> torch.Tensor:
         """Return one unit direction (4, C, H, W) per probe start, freshly drawn."""
         positive, normal = self.rand(), self.randn()
-        starts = torch.stack([positive, positive - 1.0, normal, -normal])
-        return starts / starts.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return unit(torch.stack([positive, positive - 1.0, normal, -normal]))
 
     def valley(self, clean_loss: float) -> Valley:
         """Search for an ODE backdoor's valley of low loss; `Valley.found` decides whether there is one.
@@ -236,7 +241,7 @@ class StartSearch(TriggerProbe):
         clean noise. Along r the reversed loss therefore stays near the clean basin's.
         In other directions, at the same norm, the input lies off the data and the
         loss rises. On the sphere of radius `probe_norms[0]` * sqrt(D) this
-        minimises the loss over directions from each probe start; a valley is a
+        minimises the loss over directions from each probe start. A valley is a
         direction whose loss stays within `valley_ratio` of `clean_loss` while
         the starts were `valley_contrast` times higher. The point is the mean of
         the directions found, at that radius.
@@ -260,7 +265,7 @@ class StartSearch(TriggerProbe):
             optimizer.step()
             schedule.step()
             with torch.no_grad():
-                directions /= directions.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                directions.copy_(unit(directions))
             self.searched(loss.detach())
 
         with torch.no_grad():

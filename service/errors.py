@@ -200,17 +200,19 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     # Only location, message and type: echoing `input` could return a whole tensor or a secret.
+    items = error.errors()
     fields = [
         {"loc": list(item.get("loc", ())), "msg": item.get("msg", ""), "type": item.get("type", "")}
-        for item in error.errors()
+        for item in items
     ]
     shown = fields[:MAX_VALIDATION_ERRORS]
     extensions: dict[str, Any] = {"errors": shown}
     if len(fields) > len(shown):
         extensions["errors_omitted"] = len(fields) - len(shown)
-    first = shown[0] if shown else {"loc": [], "msg": "invalid request", "type": ""}
+    first = shown[0] if shown else {"loc": [], "msg": "invalid request"}
     location = ".".join(str(part) for part in first["loc"])
-    detail = f"request invalid: {location}: {first['msg']}{_body_hint(error.errors()[0] if fields else {}, request)}"
+    hint = _body_hint(items[0], request) if items else ""
+    detail = f"request invalid: {location}: {first['msg']}{hint}"
     if len(fields) > 1:
         detail += f" (and {len(fields) - 1} more)"
     return _respond(request, ERROR_TABLE[RequestValidationError], detail, extensions=extensions)
